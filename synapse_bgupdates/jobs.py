@@ -1,0 +1,86 @@
+"""The homeserver's own rebuild jobs that ``start_job`` can queue."""
+
+import itertools
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import attr
+from synapse.module_api.errors import Codes, SynapseError
+
+POPULATE_STATS = "populate_stats_process_rooms"
+REGENERATE_DIRECTORY = "regenerate_directory"
+EVENT_RESIGN = "event_resign"
+
+# Names that start_job gives a meaning of its own; no module update may use them.
+HOMESERVER_JOB_NAMES = frozenset({POPULATE_STATS, REGENERATE_DIRECTORY, EVENT_RESIGN})
+
+# The user directory is rebuilt in four steps; each waits for the one before.
+_DIRECTORY_STEPS = (
+    "populate_user_directory_createtables",
+    "populate_user_directory_process_rooms",
+    "populate_user_directory_process_users",
+    "populate_user_directory_cleanup",
+)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class HomeserverUpdateRow:
+    """A row for the homeserver's ``background_updates`` table."""
+
+    update_name: str
+    progress_json: str = "{}"
+    depends_on: str | None = None
+
+
+def build_job_rows(job_name: str, body: Mapping[str, Any]) -> list[HomeserverUpdateRow]:
+    """Return the homeserver updates that a job consists of.
+
+    Args:
+        job_name: one of ``HOMESERVER_JOB_NAMES``.
+        body: the request body, for the job's optional parameters.
+
+    Raises:
+        SynapseError: a parameter of the job is invalid (400 M_INVALID_PARAM).
+        ValueError: ``job_name`` is not a homeserver job.
+    """
+    if job_name == POPULATE_STATS:
+        return [HomeserverUpdateRow(POPULATE_STATS)]
+    if job_name == REGENERATE_DIRECTORY:
+        return _directory_rows()
+    if job_name == EVENT_RESIGN:
+        return [_event_resign_row(body)]
+    raise ValueError(f"{job_name} is not a homeserver job")
+
+
+def _directory_rows() -> list[HomeserverUpdateRow]:
+    rows = [HomeserverUpdateRow(_DIRECTORY_STEPS[0])]
+    for previous, step in itertools.pairwise(_DIRECTORY_STEPS):
+        rows.append(HomeserverUpdateRow(step, depends_on=previous))
+    return rows
+
+
+def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
+    old_key = body.get("old_key")
+    if old_key is not None and not isinstance(old_key, str):
+        raise SynapseError(
+            HTTPStatus.BAD_REQUEST,
+            f"'old_key' must be a string naming a signing key, got {old_key!r}",
+            Codes.INVALID_PARAM,
+        )
+
+    # JSON true/false arrive as bool, a subclass of int, and are no timestamp.
+    before_ts = body.get("before_ts")
+    if before_ts is not None and (
+        isinstance(before_ts, bool) or not isinstance(before_ts, int)
+    ):
+        raise SynapseError(
+            HTTPStatus.BAD_REQUEST,
+            "'before_ts' must be an integer timestamp in milliseconds, "
+            f"got {before_ts!r}",
+            Codes.INVALID_PARAM,
+        )
+
+    progress = {"old_key": old_key, "before_ts": before_ts}
+    return HomeserverUpdateRow(EVENT_RESIGN, json.dumps(progress))
