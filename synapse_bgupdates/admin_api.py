@@ -5,6 +5,7 @@ The paths, bodies and answers are those of Synapse's documented API:
 ``/_synapse/admin/v1/background_updates/``.
 """
 
+import json
 import logging
 from http import HTTPStatus
 
@@ -84,7 +85,7 @@ class BackgroundUpdatesAdminApi:
             raise SynapseError(
                 HTTPStatus.BAD_REQUEST,
                 "'enabled' parameter must be a boolean (true or false), "
-                f"got {enabled!r}",
+                f"got {json.dumps(enabled)}",
                 Codes.INVALID_PARAM,
             )
 
@@ -114,7 +115,7 @@ class BackgroundUpdatesAdminApi:
         if not isinstance(job_name, str) or job_name not in self._valid_job_names():
             raise SynapseError(
                 HTTPStatus.BAD_REQUEST,
-                f"Invalid job_name {job_name!r}; expected one of: "
+                f"Invalid job_name {json.dumps(job_name)}; expected one of: "
                 f"{', '.join(self._valid_job_names())}",
                 Codes.INVALID_PARAM,
             )

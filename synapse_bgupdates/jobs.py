@@ -66,7 +66,8 @@ def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
     if old_key is not None and not isinstance(old_key, str):
         raise SynapseError(
             HTTPStatus.BAD_REQUEST,
-            f"'old_key' must be a string naming a signing key, got {old_key!r}",
+            "'old_key' must be a string naming a signing key, "
+            f"got {json.dumps(old_key)}",
             Codes.INVALID_PARAM,
         )
 
@@ -78,7 +79,7 @@ def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
         raise SynapseError(
             HTTPStatus.BAD_REQUEST,
             "'before_ts' must be an integer timestamp in milliseconds, "
-            f"got {before_ts!r}",
+            f"got {json.dumps(before_ts)}",
             Codes.INVALID_PARAM,
         )
 

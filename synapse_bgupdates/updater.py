@@ -223,12 +223,7 @@ class BackgroundUpdater:
             "bgupdates_poll", self.run_until_idle, self.config.poll_interval_ms / 1000
         )
         self.wake()
-        logger.info(
-            "Background updater started on database %s; %d update handler(s)"
-            " registered",
-            self.database_name,
-            len(self._registrations),
-        )
+        logger.info("Background updater started on database %s", self.database_name)
 
     def wake(self) -> None:
         """Look at the queue now instead of at the next poll."""
