@@ -1,0 +1,1 @@
+"""Helpers for testing the module against real Synapse homeserver processes."""
