@@ -237,7 +237,11 @@ def finish_update_txn(txn: Cursor, update_name: str, now_ms: int) -> None:
 def record_batch_txn(
     txn: Cursor, update_name: str, item_count: int, duration_ms: float
 ) -> None:
-    """Add a successful batch to the totals and clear the failure count."""
+    """Add a successful batch to the totals and clear the failure count.
+
+    The last batch of an update finished it, so its queue row is gone and the
+    batch is added to the completion record instead.
+    """
     txn.execute(
         """
         UPDATE bgupdates_queue
@@ -245,6 +249,17 @@ def record_batch_txn(
             total_duration_ms = total_duration_ms + ?,
             failure_count = 0,
             last_error = NULL
+        WHERE update_name = ?
+        """,
+        (item_count, duration_ms, update_name),
+    )
+    if txn.rowcount > 0:
+        return
+    txn.execute(
+        """
+        UPDATE bgupdates_completed
+        SET total_item_count = total_item_count + ?,
+            total_duration_ms = total_duration_ms + ?
         WHERE update_name = ?
         """,
         (item_count, duration_ms, update_name),

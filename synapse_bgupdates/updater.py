@@ -10,8 +10,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import attr
-
 from synapse_bgupdates import metrics, store
 from synapse_bgupdates.config import Config
 from synapse_bgupdates.dependencies import QueueDecision, choose_next_update
@@ -38,12 +36,6 @@ UpdateHandler = Callable[[dict[str, Any], int], Awaitable[int]]
 _BATCH_LOG_INTERVAL_S = 10.0
 
 
-@attr.s(frozen=True, auto_attribs=True)
-class _Registration:
-    handler: UpdateHandler
-    oneshot: bool
-
-
 class BackgroundUpdater:
     """Runs background updates registered by Synapse modules.
 
@@ -68,19 +60,19 @@ class BackgroundUpdater:
         self.config = config or Config()
         self.database_name = database_name
 
-        self._registrations: dict[str, _Registration] = {}
+        self._registrations: dict[str, UpdateHandler] = {}
         self._performance: dict[str, UpdatePerformance] = {}
         self._current_update: str | None = None
         self._running = False
+        self._wake_requested = False
+        self._retry_delay_s: float | None = None
         self._tables_ready = False
         self._last_blocked: dict[str, str] = {}
         self._last_batch_log_s: dict[str, float] = {}
 
     # Registration and queueing, for module authors.
 
-    def register_update_handler(
-        self, update_name: str, handler: UpdateHandler, *, oneshot: bool = False
-    ) -> None:
+    def register_update_handler(self, update_name: str, handler: UpdateHandler) -> None:
         """Register the handler that makes progress on an update.
 
         The handler is called as ``await handler(progress, batch_size)`` with
@@ -93,8 +85,6 @@ class BackgroundUpdater:
             update_name: unique name of the update, also the ``job_name`` that
                 starts it through the admin API.
             handler: the coroutine function described above.
-            oneshot: True when one call does all the work (an index build),
-                so its batch size carries no meaning.
 
         Raises:
             ValueError: the name is empty, registered already, or the name of
@@ -108,7 +98,7 @@ class BackgroundUpdater:
             )
         if update_name in self._registrations:
             raise ValueError(f"A handler for update {update_name} is registered")
-        self._registrations[update_name] = _Registration(handler, oneshot)
+        self._registrations[update_name] = handler
 
     @property
     def registered_updates(self) -> list[str]:
@@ -227,8 +217,11 @@ class BackgroundUpdater:
 
     def wake(self) -> None:
         """Look at the queue now instead of at the next poll."""
-        if not self._running:
-            self._scheduler.run_in_background("bgupdates_run", self.run_until_idle)
+        if self._running:
+            # The run in progress looks at the queue once more before it ends.
+            self._wake_requested = True
+            return
+        self._scheduler.run_in_background("bgupdates_run", self.run_until_idle)
 
     async def run_until_idle(self) -> None:
         """Run batches until no queued update can run.
@@ -240,12 +233,23 @@ class BackgroundUpdater:
             return
         self._running = True
         try:
-            while await self.run_one_batch():
-                await self._scheduler.sleep(self.config.sleep_duration_ms / 1000)
+            self._wake_requested = True
+            while self._wake_requested:
+                self._wake_requested = False
+                while await self.run_one_batch():
+                    await self._scheduler.sleep(self._take_delay_s())
         except Exception:
             logger.exception("Background updater stopped on an unexpected error")
         finally:
             self._running = False
+
+    def _take_delay_s(self) -> float:
+        # After a failure, the retry backoff replaces the sleep between batches.
+        delay_s = self._retry_delay_s
+        self._retry_delay_s = None
+        if delay_s is None:
+            return self.config.sleep_duration_ms / 1000
+        return delay_s
 
     async def run_one_batch(self) -> bool:
         """Run one batch of the next runnable update.
@@ -264,13 +268,12 @@ class BackgroundUpdater:
         update = decision.update
         self._current_update = update.update_name
         async with self.gate.batch(self.database_name, update.update_name):
-            # The row read before the wait may be stale after a long pause.
-            fresh = await self._db(
-                "bgupdates_get_update", store.get_update_txn, update.update_name
-            )
-            if fresh is None or fresh.state != store.QUEUED:
+            # The queue may have changed during a pause or while another batch
+            # held the database, so the choice is made again before running.
+            fresh = choose_next_update(await self.get_queue(), self._registrations)
+            if fresh.update is None or fresh.update.update_name != update.update_name:
                 return True
-            outcome = await self._run_handler(fresh)
+            outcome = await self._run_handler(fresh.update)
 
         if isinstance(outcome, str):
             await self._handle_failure(update.update_name, outcome)
@@ -286,7 +289,7 @@ class BackgroundUpdater:
             the handler raised.
         """
         name = update.update_name
-        registration = self._registrations[name]
+        handler = self._registrations[name]
         batch_size = self._performance_of(name).next_batch_size(
             self.config.update_duration_ms,
             self.config.min_batch_size,
@@ -295,7 +298,7 @@ class BackgroundUpdater:
 
         started_s = self._scheduler.seconds()
         try:
-            item_count = await registration.handler(update.progress, batch_size)
+            item_count = await handler(update.progress, batch_size)
         except Exception as error:
             logger.exception("Batch of background update %s failed", name)
             return f"{type(error).__name__}: {error}"
@@ -373,6 +376,13 @@ class BackgroundUpdater:
             error,
             self.config.max_failures,
         )
+        if failures == 0:
+            logger.warning(
+                "Background update %s raised after it finished; not retried",
+                update_name,
+            )
+            self._current_update = None
+            return
         if failures >= self.config.max_failures:
             logger.error(
                 "Background update %s failed %d times in a row and is set aside;"
@@ -394,7 +404,7 @@ class BackgroundUpdater:
             failures,
             self.config.max_failures,
         )
-        await self._scheduler.sleep(backoff_ms / 1000)
+        self._retry_delay_s = backoff_ms / 1000
 
     def _report_blocked(self, decision: QueueDecision) -> None:
         # Logged when the set of blocked updates changes, not on every poll.
