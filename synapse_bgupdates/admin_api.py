@@ -1,6 +1,6 @@
 """Handlers of the Background Updates admin API.
 
-The paths, bodies and answers are those of Synapse's documented API:
+The paths, request bodies and responses are those of Synapse's documented API:
 ``GET status``, ``GET``/``POST enabled`` and ``POST start_job`` below
 ``/_synapse/admin/v1/background_updates/``.
 """

@@ -1,9 +1,9 @@
 """The bridge to the homeserver's own background updates.
 
 Everything in this package that reaches past the public ModuleApi into the
-homeserver's private objects is in this file. Each such access is checked
-when the module starts; a missing piece is logged once and the feature that
-needs it is turned off, instead of failing on a request.
+homeserver's private objects is in this file. The updaters, the admin
+resource and the listeners are looked up when the module starts. If one is
+missing, an error is logged and the feature that needs it is turned off.
 """
 
 import logging
@@ -129,8 +129,8 @@ class HomeserverUpdates:
     def register_controller(self) -> None:
         """Send each batch of the homeserver's updates through the gate.
 
-        Only the first module that registers controller callbacks gets them;
-        if another module came first, pause still works through the updaters'
+        Only the first module that registers controller callbacks gets them.
+        If another module came first, pause still works through the updaters'
         own switch, but batches of both updaters may overlap.
         """
         self._api.register_background_update_controller_callbacks(
@@ -214,8 +214,8 @@ class AdminResource(Resource):
     """Serves ``/_synapse/admin``: background updates here, the rest as before.
 
     Synapse attaches module resources to every HTTP listener, but serves its
-    admin API only on listeners with the ``client`` resource; requests that
-    arrive on other listeners get the 404 that such a listener gave before.
+    admin API only on listeners with the ``client`` resource. Requests that
+    arrive on other listeners get a 404 M_UNRECOGNIZED.
     """
 
     isLeaf = True  # noqa: N815 (Twisted's name)

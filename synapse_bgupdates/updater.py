@@ -1,8 +1,8 @@
 """The module's own background updater.
 
-Other Synapse modules register handlers by name; the updater runs the queued
-updates one batch at a time from a looping call, sizes each batch from the
-measured rate, and keeps the queue and each update's progress in the
+Other Synapse modules register handlers by name. The updater runs the queued
+updates one batch at a time from a looping call and sizes each batch from the
+measured rate. The queue and each update's progress are kept in the
 homeserver's database.
 """
 
