@@ -189,25 +189,68 @@ class HomeserverUpdates:
             )
             own.register_paths(method, [pattern], servlet, servlet.__qualname__)
 
-        return AdminResource(own, homeserver_admin, self._client_site_tags())
+        endpoints = self._client_endpoints()
+        if endpoints is None:
+            return None
+        return AdminResource(own, homeserver_admin, endpoints)
 
-    def _client_site_tags(self) -> frozenset[str] | None:
+    def _client_endpoints(self) -> "ClientEndpoints | None":
+        endpoints = ClientEndpoints()
         try:
-            return frozenset(
-                listener.get_site_tag()
-                for listener in self._hs.config.server.listeners
-                if listener.http_options is not None
-                and any(
-                    "client" in res.names for res in listener.http_options.resources
-                )
-            )
+            for listener in self._hs.config.server.listeners:
+                options = listener.http_options
+                if options is None or not any(
+                    "client" in resource.names for resource in options.resources
+                ):
+                    continue
+                if hasattr(listener, "port"):
+                    endpoints.add_tcp(listener.bind_addresses, listener.port)
+                else:
+                    endpoints.unix_paths.add(listener.path)
         except AttributeError as error:
-            logger.warning(
-                "Cannot tell which listeners serve the client API (%s); the admin"
-                " API answers on every HTTP listener",
+            logger.error(
+                "Cannot tell which listeners serve the client API (%s); the"
+                " homeserver's own admin API stays in place",
                 error,
             )
             return None
+        return endpoints
+
+
+# Bind addresses that accept connections on every local address.
+_WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+class ClientEndpoints:
+    """The local addresses of the listeners that serve the client API.
+
+    Listener tags cannot tell listeners apart: two listeners may share a tag,
+    and every Unix socket listener has the tag ``unix``.
+    """
+
+    def __init__(self) -> None:
+        self.tcp: list[tuple[frozenset[str], int]] = []
+        self.unix_paths: set[str] = set()
+
+    def add_tcp(self, bind_addresses: Sequence[str], port: int) -> None:
+        """Record a TCP listener."""
+        self.tcp.append((frozenset(bind_addresses), port))
+
+    def contains(self, request: Request) -> bool:
+        """Return whether the request arrived on one of these listeners."""
+        local = request.getHost()  # type: ignore[no-untyped-call]
+        port = getattr(local, "port", None)
+        if port is None:
+            path = getattr(local, "name", None)
+            if isinstance(path, bytes):
+                path = path.decode(errors="replace")
+            return path in self.unix_paths
+        host = getattr(local, "host", "")
+        return any(
+            port == listener_port
+            and (host in addresses or not addresses.isdisjoint(_WILDCARD_ADDRESSES))
+            for addresses, listener_port in self.tcp
+        )
 
 
 class AdminResource(Resource):
@@ -224,15 +267,15 @@ class AdminResource(Resource):
         self,
         own: Resource,
         homeserver_admin: Resource,
-        client_site_tags: frozenset[str] | None,
+        client_endpoints: ClientEndpoints,
     ):
         super().__init__()  # type: ignore[no-untyped-call]
         self._own = own
         self._homeserver_admin = homeserver_admin
-        self._client_site_tags = client_site_tags
+        self._client_endpoints = client_endpoints
 
     def render(self, request: Request) -> Any:
-        if not self._on_client_listener(request):
+        if not self._client_endpoints.contains(request):
             request.setResponseCode(404)
             request.setHeader(  # type: ignore[no-untyped-call]
                 b"Content-Type", b"application/json"
@@ -241,12 +284,6 @@ class AdminResource(Resource):
         if (request.path or b"").startswith(BACKGROUND_UPDATES_PREFIX):
             return self._own.render(request)  # type: ignore[no-untyped-call]
         return self._homeserver_admin.render(request)  # type: ignore[no-untyped-call]
-
-    def _on_client_listener(self, request: Request) -> bool:
-        if self._client_site_tags is None:
-            return True
-        site = getattr(request, "synapse_site", None)
-        return getattr(site, "site_tag", None) in self._client_site_tags
 
 
 def _insert_homeserver_rows_txn(

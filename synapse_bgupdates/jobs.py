@@ -31,7 +31,8 @@ class HomeserverUpdateRow:
 
     update_name: str
     progress_json: str = "{}"
-    depends_on: str | None = None
+    # Synapse's own start_job stores "" for "no dependency"; so does this one.
+    depends_on: str = ""
 
 
 def build_job_rows(job_name: str, body: Mapping[str, Any]) -> list[HomeserverUpdateRow]:

@@ -66,15 +66,14 @@ class BackgroundUpdatesModule:
         self.updater = updater
 
         homeserver.register_controller()
-        admin_api = BackgroundUpdatesAdminApi(api, homeserver, updater)
-        resource = homeserver.build_admin_resource(admin_api.servlets())
-        if resource is None:
-            logger.error(
-                "The Background Updates admin API is not served by this module;"
-                " the homeserver's own version stays in place"
-            )
+        if api.worker_name is None:
+            self._serve_admin_api(homeserver, updater)
         else:
-            api.register_web_resource("/_synapse/admin", resource)
+            # Workers serve only a few admin endpoints of their own (media,
+            # for one), which a copy of the main process's admin resource
+            # would hide. Synapse serves background_updates on the main
+            # process only.
+            logger.info("Worker %s keeps its own admin resource", api.worker_name)
         metrics.ENABLED.set(1)
 
         if api.should_run_background_tasks():
@@ -85,6 +84,19 @@ class BackgroundUpdatesModule:
                 "This instance does not run background tasks; it serves the admin"
                 " API and leaves updates to the instance that does"
             )
+
+    def _serve_admin_api(
+        self, homeserver: HomeserverUpdates, updater: BackgroundUpdater
+    ) -> None:
+        admin_api = BackgroundUpdatesAdminApi(self._api, homeserver, updater)
+        resource = homeserver.build_admin_resource(admin_api.servlets())
+        if resource is None:
+            logger.error(
+                "The Background Updates admin API is not served by this module;"
+                " the homeserver's own version stays in place"
+            )
+            return
+        self._api.register_web_resource("/_synapse/admin", resource)
 
     @staticmethod
     def parse_config(config: Any) -> Config:

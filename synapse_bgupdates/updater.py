@@ -266,13 +266,13 @@ class BackgroundUpdater:
             return False
 
         update = decision.update
-        self._current_update = update.update_name
         async with self.gate.batch(self.database_name, update.update_name):
             # The queue may have changed during a pause or while another batch
             # held the database, so the choice is made again before running.
             fresh = choose_next_update(await self.get_queue(), self._registrations)
             if fresh.update is None or fresh.update.update_name != update.update_name:
                 return True
+            self._current_update = update.update_name
             outcome = await self._run_handler(fresh.update)
 
         if isinstance(outcome, str):
