@@ -40,15 +40,20 @@ class BatchGate:
             waiter.callback(None)
 
     def running_batch(self, database_name: str) -> str | None:
-        """Return the name of the update whose batch runs on that database."""
+        """Return the holder of the database's batch slot, None if it is free."""
         return self._running.get(database_name)
 
     @asynccontextmanager
-    async def batch(self, database_name: str, update_name: str) -> AsyncIterator[None]:
+    async def batch(self, database_name: str, holder: str) -> AsyncIterator[None]:
         """Hold the database's batch slot for the body of the ``async with``.
 
         Waits while updates are paused and while another batch runs on the
         same database.
+
+        Args:
+            database_name: the database that the batch works on.
+            holder: who holds the slot: the update's name for the homeserver's
+                batches, ``synapse_bgupdates`` for the module's updater.
         """
         lock = self._locks.setdefault(database_name, defer.DeferredLock())
         while True:
@@ -59,7 +64,7 @@ class BatchGate:
                 break
             lock.release()
 
-        self._running[database_name] = update_name
+        self._running[database_name] = holder
         try:
             yield
         finally:

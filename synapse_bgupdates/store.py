@@ -236,11 +236,14 @@ def finish_update_txn(txn: Cursor, update_name: str, now_ms: int) -> None:
 
 def record_batch_txn(
     txn: Cursor, update_name: str, item_count: int, duration_ms: float
-) -> None:
+) -> bool:
     """Add a successful batch to the totals and clear the failure count.
 
     The last batch of an update finished it, so its queue row is gone and the
     batch is added to the completion record instead.
+
+    Returns:
+        Whether the update has finished.
     """
     txn.execute(
         """
@@ -254,7 +257,7 @@ def record_batch_txn(
         (item_count, duration_ms, update_name),
     )
     if txn.rowcount > 0:
-        return
+        return False
     txn.execute(
         """
         UPDATE bgupdates_completed
@@ -264,6 +267,7 @@ def record_batch_txn(
         """,
         (item_count, duration_ms, update_name),
     )
+    return True
 
 
 def record_failure_txn(

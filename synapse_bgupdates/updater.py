@@ -32,6 +32,9 @@ R = TypeVar("R")
 UpdateHandler = Callable[[dict[str, Any], int], Awaitable[int]]
 """``async handler(progress, batch_size) -> items processed``."""
 
+# The name under which the module's updater holds a database's batch slot.
+GATE_HOLDER = "synapse_bgupdates"
+
 # A batch log line is written at most this often per update, at info level.
 _BATCH_LOG_INTERVAL_S = 10.0
 
@@ -257,23 +260,20 @@ class BackgroundUpdater:
         Returns:
             False when no queued update can run, True otherwise.
         """
-        queue = await self.get_queue()
-        _count_states(queue)
-        decision = choose_next_update(queue, self._registrations)
-        self._report_blocked(decision)
-        if decision.update is None:
-            self._current_update = None
-            return False
+        # The update is chosen once the batch may start, so that a pause or
+        # another batch on the database cannot leave the choice out of date.
+        async with self.gate.batch(self.database_name, GATE_HOLDER):
+            queue = await self.get_queue()
+            _count_states(queue)
+            decision = choose_next_update(queue, self._registrations)
+            self._report_blocked(decision)
+            update = decision.update
+            if update is None:
+                self._current_update = None
+                return False
 
-        update = decision.update
-        async with self.gate.batch(self.database_name, update.update_name):
-            # The queue may have changed during a pause or while another batch
-            # held the database, so the choice is made again before running.
-            fresh = choose_next_update(await self.get_queue(), self._registrations)
-            if fresh.update is None or fresh.update.update_name != update.update_name:
-                return True
             self._current_update = update.update_name
-            outcome = await self._run_handler(fresh.update)
+            outcome = await self._run_handler(update)
 
         if isinstance(outcome, str):
             await self._handle_failure(update.update_name, outcome)
@@ -319,7 +319,7 @@ class BackgroundUpdater:
     ) -> None:
         performance = self._performance_of(update_name)
         performance.record_batch(item_count, duration_ms)
-        await self._db(
+        finished = await self._db(
             "bgupdates_record_batch",
             store.record_batch_txn,
             update_name,
@@ -329,10 +329,6 @@ class BackgroundUpdater:
         metrics.BATCHES.labels(update_name).inc()
         metrics.ITEMS.labels(update_name).inc(item_count)
         metrics.BATCH_SECONDS.labels(update_name).inc(duration_ms / 1000)
-
-        finished = not await self._db(
-            "bgupdates_get_update", store.get_update_txn, update_name
-        )
         self._log_batch(performance, item_count, duration_ms, finished)
         if finished:
             metrics.COMPLETED.labels(update_name).inc()

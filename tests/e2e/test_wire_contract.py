@@ -876,12 +876,13 @@ class TestRouting:
     ) -> None:
         answers = {}
         for name, modules in (("vanilla", []), ("module", with_module())):
-            with TwoListenerHomeserver(
+            process = TwoListenerHomeserver(
                 tmp_path / name,
                 template=homeserver_template,
                 modules=modules,
                 listener_tag="main",
-            ) as process:
+            )
+            with process:
                 answers[name] = _raw_request(
                     process.federation_port,
                     "GET",
