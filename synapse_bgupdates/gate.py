@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import make_deferred_yieldable
 from twisted.internet import defer
 
@@ -37,7 +38,7 @@ class BatchGate:
 
         waiting, self._waiting_for_resume = self._waiting_for_resume, []
         for waiter in waiting:
-            waiter.callback(None)
+            _fire(waiter)
 
     def running_batch(self, database_name: str) -> str | None:
         """Return the holder of the database's batch slot, None if it is free."""
@@ -62,17 +63,33 @@ class BatchGate:
             # A pause may have come while this batch waited for the lock.
             if self._enabled:
                 break
-            lock.release()
+            _release(lock)
 
         self._running[database_name] = holder
         try:
             yield
         finally:
             del self._running[database_name]
-            lock.release()
+            _release(lock)
 
     async def _wait_until_enabled(self) -> None:
         while not self._enabled:
             waiter: defer.Deferred[None] = defer.Deferred()
             self._waiting_for_resume.append(waiter)
             await make_deferred_yieldable(waiter)
+
+
+# The waiters await these deferreds through make_deferred_yieldable, which
+# restores each waiter's own logging context. Synapse's rule is that such a
+# deferred fires from the sentinel context; firing it from the request or
+# batch that resumes or releases would leak that context into the waiter.
+
+
+def _fire(waiter: "defer.Deferred[None]") -> None:
+    with PreserveLoggingContext():
+        waiter.callback(None)
+
+
+def _release(lock: defer.DeferredLock) -> None:
+    with PreserveLoggingContext():
+        lock.release()

@@ -375,6 +375,14 @@ def test_pause_stops_running_example(start_homeserver: StartHomeserver) -> None:
     )
 
     assert example_event_counts(homeserver) == expected_event_counts(homeserver)
+    assert logcontext_warnings(homeserver) == []
+
+
+def logcontext_warnings(homeserver: HomeserverProcess) -> list[str]:
+    """Return the log lines where Synapse reports a broken logging context."""
+    markers = ("logcontext", "logging context", "from sentinel context")
+    lines = homeserver.files.log.read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if any(marker in line for marker in markers)]
 
 
 def test_example_update_counts_events(start_homeserver: StartHomeserver) -> None:
