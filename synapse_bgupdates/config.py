@@ -44,16 +44,20 @@ class Config:
     """Upper bound of the wait between two attempts, in milliseconds."""
 
 
-# The smallest value that each setting accepts.
-_MINIMUMS: dict[str, int] = {
-    "update_duration_ms": 1,
-    "sleep_duration_ms": 0,
-    "min_batch_size": 1,
-    "default_batch_size": 1,
-    "poll_interval_ms": 10,
-    "max_failures": 1,
-    "retry_backoff_ms": 0,
-    "max_retry_backoff_ms": 0,
+_DAY_MS = 24 * 60 * 60 * 1000
+_MAX_BATCH_SIZE = 1_000_000_000
+
+# The range of values that each setting accepts. The upper bounds keep the
+# timers and batch sizes within what Twisted and the databases take.
+_BOUNDS: dict[str, tuple[int, int]] = {
+    "update_duration_ms": (1, _DAY_MS),
+    "sleep_duration_ms": (0, _DAY_MS),
+    "min_batch_size": (1, _MAX_BATCH_SIZE),
+    "default_batch_size": (1, _MAX_BATCH_SIZE),
+    "poll_interval_ms": (10, _DAY_MS),
+    "max_failures": (1, 1000),
+    "retry_backoff_ms": (0, _DAY_MS),
+    "max_retry_backoff_ms": (0, _DAY_MS),
 }
 
 
@@ -78,11 +82,11 @@ def parse_config(raw: Any) -> Config:
             f"got {type(raw).__name__}"
         )
 
-    unknown = sorted(str(key) for key in raw if key not in _MINIMUMS)
+    unknown = sorted(str(key) for key in raw if key not in _BOUNDS)
     if unknown:
         raise ConfigError(
             f"Unknown setting(s) {', '.join(unknown)} in the config of "
-            f"synapse_bgupdates; valid settings: {', '.join(sorted(_MINIMUMS))}"
+            f"synapse_bgupdates; valid settings: {', '.join(sorted(_BOUNDS))}"
         )
 
     values = {key: _parse_int(key, value) for key, value in raw.items()}
@@ -96,11 +100,13 @@ def parse_config(raw: Any) -> Config:
 
 
 def _parse_int(key: str, value: Any) -> int:
-    minimum = _MINIMUMS[key]
+    minimum, maximum = _BOUNDS[key]
 
     # bool is a subclass of int, and `true` is never a meaningful count.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{key} must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}, got {value}")
     return value

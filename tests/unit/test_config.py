@@ -20,6 +20,18 @@ MINIMUMS = {
     "max_retry_backoff_ms": 0,
 }
 
+# Each setting with the largest value that parse_config accepts.
+MAXIMUMS = {
+    "update_duration_ms": 86_400_000,
+    "sleep_duration_ms": 86_400_000,
+    "min_batch_size": 1_000_000_000,
+    "default_batch_size": 1_000_000_000,
+    "poll_interval_ms": 86_400_000,
+    "max_failures": 1000,
+    "retry_backoff_ms": 86_400_000,
+    "max_retry_backoff_ms": 86_400_000,
+}
+
 
 def config_error(raw: Any) -> str:
     """Return the message of the ConfigError that parsing ``raw`` raises."""
@@ -105,6 +117,23 @@ class TestParseConfig:
         assert key in message
         assert mentions_number(message, value)
         assert mentions_number(message, minimum)
+
+    @pytest.mark.parametrize(("key", "maximum"), sorted(MAXIMUMS.items()))
+    def test_above_maximum_names_key_and_value(self, key: str, maximum: int) -> None:
+        value = maximum + 1
+
+        message = config_error({key: value})
+
+        assert key in message
+        assert mentions_number(message, value)
+        assert mentions_number(message, maximum)
+
+    def test_maximums_are_accepted(self) -> None:
+        # default_batch_size must stay at least min_batch_size, so both
+        # maximums together are valid too.
+        config = parse_config(MAXIMUMS)
+
+        assert config.poll_interval_ms == MAXIMUMS["poll_interval_ms"]
 
     def test_min_batch_above_default(self) -> None:
         message = config_error({"min_batch_size": 250, "default_batch_size": 200})
