@@ -5,7 +5,6 @@ The paths, request bodies and responses are those of Synapse's documented API:
 ``/_synapse/admin/v1/background_updates/``.
 """
 
-import json
 import logging
 from http import HTTPStatus
 
@@ -16,7 +15,12 @@ from twisted.web.server import Request
 
 from synapse_bgupdates import metrics
 from synapse_bgupdates.homeserver import HomeserverUpdates, Servlet
-from synapse_bgupdates.jobs import EVENT_RESIGN, HOMESERVER_JOB_NAMES, build_job_rows
+from synapse_bgupdates.jobs import (
+    EVENT_RESIGN,
+    HOMESERVER_JOB_NAMES,
+    build_job_rows,
+    quote_value,
+)
 from synapse_bgupdates.store import UpdateAlreadyQueuedError
 from synapse_bgupdates.updater import BackgroundUpdater
 
@@ -85,7 +89,7 @@ class BackgroundUpdatesAdminApi:
             raise SynapseError(
                 HTTPStatus.BAD_REQUEST,
                 "'enabled' parameter must be a boolean (true or false), "
-                f"got {json.dumps(enabled)}",
+                f"got {quote_value(enabled)}",
                 Codes.INVALID_PARAM,
             )
 
@@ -115,7 +119,7 @@ class BackgroundUpdatesAdminApi:
         if not isinstance(job_name, str) or job_name not in self._valid_job_names():
             raise SynapseError(
                 HTTPStatus.BAD_REQUEST,
-                f"Invalid job_name {json.dumps(job_name)}; expected one of: "
+                f"Invalid job_name {quote_value(job_name)}; expected one of: "
                 f"{', '.join(self._valid_job_names())}",
                 Codes.INVALID_PARAM,
             )

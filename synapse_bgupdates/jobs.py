@@ -25,6 +25,21 @@ _DIRECTORY_STEPS = (
 )
 
 
+# The largest value of a signed 64-bit column, the type of Synapse's timestamps.
+_MAX_TIMESTAMP_MS = 2**63 - 1
+
+# Values quoted in error messages are cut to this many characters.
+_MAX_QUOTED_CHARS = 100
+
+
+def quote_value(value: Any) -> str:
+    """Return ``value`` as JSON for an error message, cut if it is long."""
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= _MAX_QUOTED_CHARS:
+        return text
+    return f"{text[:_MAX_QUOTED_CHARS]}… ({len(text)} characters)"
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class HomeserverUpdateRow:
     """A row for the homeserver's ``background_updates`` table."""
@@ -68,19 +83,23 @@ def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
         raise SynapseError(
             HTTPStatus.BAD_REQUEST,
             "'old_key' must be a string naming a signing key, "
-            f"got {json.dumps(old_key)}",
+            f"got {quote_value(old_key)}",
             Codes.INVALID_PARAM,
         )
 
     # JSON true/false arrive as bool, a subclass of int, and are no timestamp.
+    # A value outside a 64-bit column would make every batch of the
+    # homeserver's updater fail, so it is rejected here.
     before_ts = body.get("before_ts")
     if before_ts is not None and (
-        isinstance(before_ts, bool) or not isinstance(before_ts, int)
+        isinstance(before_ts, bool)
+        or not isinstance(before_ts, int)
+        or not 0 <= before_ts <= _MAX_TIMESTAMP_MS
     ):
         raise SynapseError(
             HTTPStatus.BAD_REQUEST,
-            "'before_ts' must be an integer timestamp in milliseconds, "
-            f"got {json.dumps(before_ts)}",
+            "'before_ts' must be an integer timestamp in milliseconds from 0 to "
+            f"{_MAX_TIMESTAMP_MS}, got {quote_value(before_ts)}",
             Codes.INVALID_PARAM,
         )
 
