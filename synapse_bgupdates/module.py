@@ -44,7 +44,23 @@ def _get_or_create(api: ModuleApi) -> tuple[BackgroundUpdater, HomeserverUpdates
     homeserver = HomeserverUpdates(api, updater.gate)
     updater.database_name = homeserver.main_database_name()
     _UPDATERS[api.server_name] = (updater, homeserver)
+
+    # Every module has loaded by the time the reactor runs this.
+    api.delayed_background_call(
+        0, _warn_if_not_enabled, updater, desc="bgupdates_check_enabled"
+    )
     return updater, homeserver
+
+
+def _warn_if_not_enabled(updater: BackgroundUpdater) -> None:
+    if updater.module_enabled or not updater.registered_updates:
+        return
+    logger.warning(
+        "Background updates %s are registered, but they never run because"
+        " synapse_bgupdates.BackgroundUpdatesModule is not in the modules"
+        " list of homeserver.yaml",
+        ", ".join(updater.registered_updates),
+    )
 
 
 class BackgroundUpdatesModule:
@@ -63,6 +79,7 @@ class BackgroundUpdatesModule:
         self._api = api
         updater, homeserver = _get_or_create(api)
         updater.config = config
+        updater.module_enabled = True
         self.updater = updater
 
         homeserver.register_controller()

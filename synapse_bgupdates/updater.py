@@ -62,6 +62,8 @@ class BackgroundUpdater:
         self.gate = gate or BatchGate()
         self.config = config or Config()
         self.database_name = database_name
+        # Set by BackgroundUpdatesModule; without it nothing runs the updates.
+        self.module_enabled = False
 
         self._registrations: dict[str, UpdateHandler] = {}
         self._performance: dict[str, UpdatePerformance] = {}
@@ -319,6 +321,8 @@ class BackgroundUpdater:
     ) -> None:
         performance = self._performance_of(update_name)
         performance.record_batch(item_count, duration_ms)
+        # NOTE: the totals commit after the handler's transaction, so a batch
+        # that commits just before a shutdown is missing from them.
         finished = await self._db(
             "bgupdates_record_batch",
             store.record_batch_txn,
@@ -355,11 +359,11 @@ class BackgroundUpdater:
             self._last_batch_log_s[name] = now_s
             logger.info(
                 "Background update %s: batch of %d items in %.1f ms"
-                " (%s items/ms, %d items in total)",
+                " (%.3g items/ms, %d items in total)",
                 name,
                 item_count,
                 duration_ms,
-                performance.average_items_per_ms(),
+                performance.average_items_per_ms() or 0.0,
                 performance.total_item_count,
             )
 
