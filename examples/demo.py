@@ -10,6 +10,7 @@ module's backfill, prints its result and stops the homeserver. Run it with
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ HOMESERVER_SETTINGS = {
         "sleep_duration_ms": 300,
         "default_batch_size": 2,
         "min_batch_size": 1,
-        "update_duration_ms": 1,
+        "background_update_duration_ms": 1,
     }
 }
 MODULES: list[dict[str, Any]] = [
@@ -67,7 +68,13 @@ def main() -> int:
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bgupdates-demo-"))
-    print(f"Scratch folder: {workdir}")
+    print(f"Scratch folder (logs and config stay there): {workdir}")
+
+    # The homeserver process imports the example module from this folder.
+    examples = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [examples, os.environ.get("PYTHONPATH")])
+    )
 
     with prepare_template(workdir / "template", DatabaseKind.SQLITE) as template:
         homeserver = HomeserverProcess(
@@ -154,8 +161,13 @@ def follow_status(
 
 def describe_status(status: dict[str, Any]) -> str:
     current = status.get("current_updates") or {}
+    queue = [
+        f"{update['name']} {update['state']}"
+        for update in status.get("module_updates") or []
+    ]
+    queue_text = f" | module queue: {', '.join(queue) or 'empty'}"
     if not current:
-        return "no update in progress"
+        return "no update in progress" + queue_text
     parts = []
     for database, entry in current.items():
         rate = entry["average_items_per_ms"]
@@ -164,7 +176,7 @@ def describe_status(status: dict[str, Any]) -> str:
             f"{database}: {entry['name']} {entry['total_item_count']} items"
             f" in {entry['total_duration_ms']:.0f} ms ({rate_text} items/ms)"
         )
-    return "; ".join(parts)
+    return "; ".join(parts) + queue_text
 
 
 def directory_pending(homeserver: HomeserverProcess) -> bool:
