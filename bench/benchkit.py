@@ -8,6 +8,7 @@ side by side in one run, summarised over rounds by ``Spread``.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -96,4 +97,18 @@ def describe_run() -> str:
         f"{now}; Python {platform.python_version()}; Synapse {synapse.__version__};"
         f" {os.cpu_count()} CPUs; load average {load_1m:.2f} (1 min),"
         f" {load_5m:.2f} (5 min) at start"
+    )
+
+
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--db`` option that chooses the homeserver's database engine."""
+    # Imported here so that benchmarks without homeservers need no harness.
+    from synapse_bgupdates.testing.databases import DatabaseKind
+
+    parser.add_argument(
+        "--db",
+        choices=[kind.value for kind in DatabaseKind],
+        default=DatabaseKind.SQLITE.value,
+        help="database engine; postgres needs a server on 127.0.0.1:5432 that"
+        " lets the postgres role in without a password",
     )

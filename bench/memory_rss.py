@@ -231,13 +231,7 @@ def run_benchmark(arguments: argparse.Namespace) -> None:
 def parse_arguments() -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--db",
-        choices=[kind.value for kind in DatabaseKind],
-        default=DatabaseKind.SQLITE.value,
-        help="database engine; postgres needs a server on 127.0.0.1:5432 that"
-        " lets the postgres role in without a password",
-    )
+    benchkit.add_database_argument(parser)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument(
         "--rooms", type=int, default=DEFAULT_ROOMS, help="rooms in the template"

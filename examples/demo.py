@@ -18,18 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from synapse_bgupdates.jobs import DIRECTORY_STEPS
 from synapse_bgupdates.testing.databases import DatabaseKind
 from synapse_bgupdates.testing.homeserver import HomeserverProcess, prepare_template
 
 STATUS_PATH = "/_synapse/admin/v1/background_updates/status"
 START_JOB_PATH = "/_synapse/admin/v1/background_updates/start_job"
 EXAMPLE_UPDATE = "example_room_event_counts"
-DIRECTORY_STEPS = (
-    "populate_user_directory_createtables",
-    "populate_user_directory_process_rooms",
-    "populate_user_directory_process_users",
-    "populate_user_directory_cleanup",
-)
 
 # Small batches and short sleeps, so each job takes several visible batches.
 HOMESERVER_SETTINGS = {

@@ -17,7 +17,7 @@ EVENT_RESIGN = "event_resign"
 HOMESERVER_JOB_NAMES = frozenset({POPULATE_STATS, REGENERATE_DIRECTORY, EVENT_RESIGN})
 
 # The user directory is rebuilt in four steps; each waits for the one before.
-_DIRECTORY_STEPS = (
+DIRECTORY_STEPS = (
     "populate_user_directory_createtables",
     "populate_user_directory_process_rooms",
     "populate_user_directory_process_users",
@@ -71,8 +71,8 @@ def build_job_rows(job_name: str, body: Mapping[str, Any]) -> list[HomeserverUpd
 
 
 def _directory_rows() -> list[HomeserverUpdateRow]:
-    rows = [HomeserverUpdateRow(_DIRECTORY_STEPS[0])]
-    for previous, step in itertools.pairwise(_DIRECTORY_STEPS):
+    rows = [HomeserverUpdateRow(DIRECTORY_STEPS[0])]
+    for previous, step in itertools.pairwise(DIRECTORY_STEPS):
         rows.append(HomeserverUpdateRow(step, depends_on=previous))
     return rows
 
