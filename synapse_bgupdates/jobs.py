@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 import attr
+from signedjson.key import decode_verify_key_base64
 from synapse.module_api.errors import Codes, SynapseError
 
 POPULATE_STATS = "populate_stats_process_rooms"
@@ -35,6 +36,11 @@ _MAX_QUOTED_CHARS = 100
 def quote_value(value: Any) -> str:
     """Return ``value`` as JSON for an error message, cut if it is long."""
     text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from a \ud800 escape cannot be sent as UTF-8.
+        text = json.dumps(value)
     if len(text) <= _MAX_QUOTED_CHARS:
         return text
     return f"{text[:_MAX_QUOTED_CHARS]}… ({len(text)} characters)"
@@ -79,11 +85,13 @@ def _directory_rows() -> list[HomeserverUpdateRow]:
 
 def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
     old_key = body.get("old_key")
-    if old_key is not None and not isinstance(old_key, str):
+    if old_key is not None and not _is_verify_key(old_key):
+        # The homeserver's updater fails on every batch with a key it cannot
+        # parse, and stops all of its updates after five failures.
         raise SynapseError(
             HTTPStatus.BAD_REQUEST,
-            "'old_key' must be a string naming a signing key, "
-            f"got {quote_value(old_key)}",
+            "'old_key' must be a string 'algorithm:version base64key', such as"
+            f" 'ed25519:a_xyz XGX0JRS2Af3be3k…', got {quote_value(old_key)}",
             Codes.INVALID_PARAM,
         )
 
@@ -105,3 +113,17 @@ def _event_resign_row(body: Mapping[str, Any]) -> HomeserverUpdateRow:
 
     progress = {"old_key": old_key, "before_ts": before_ts}
     return HomeserverUpdateRow(EVENT_RESIGN, json.dumps(progress))
+
+
+def _is_verify_key(old_key: Any) -> bool:
+    if not isinstance(old_key, str):
+        return False
+    key_id, _, key_base64 = old_key.partition(" ")
+    algorithm, _, version = key_id.partition(":")
+    try:
+        decode_verify_key_base64(algorithm, version, key_base64)
+    except Exception:
+        # signedjson raises ValueError, binascii.Error or an error of the
+        # crypto library, depending on what is wrong with the key.
+        return False
+    return True

@@ -303,7 +303,7 @@ class BackgroundUpdater:
             item_count = await handler(update.progress, batch_size)
         except Exception as error:
             logger.exception("Batch of background update %s failed", name)
-            return f"{type(error).__name__}: {error}"
+            return _storable_error(error)
         duration_ms = (self._scheduler.seconds() - started_s) * 1000
 
         if not isinstance(item_count, int) or isinstance(item_count, bool):
@@ -337,6 +337,9 @@ class BackgroundUpdater:
         if finished:
             metrics.COMPLETED.labels(update_name).inc()
             self._current_update = None
+            # A later run of the same update starts its figures from zero.
+            del self._performance[update_name]
+            self._last_batch_log_s.pop(update_name, None)
 
     def _log_batch(
         self,
@@ -350,7 +353,8 @@ class BackgroundUpdater:
         last_s = self._last_batch_log_s.get(name)
         if finished:
             logger.info(
-                "Background update %s finished: %d items in %.0f ms",
+                "Background update %s finished: %d items in %.0f ms since this"
+                " process started it",
                 name,
                 performance.total_item_count,
                 performance.total_duration_ms,
@@ -432,6 +436,21 @@ class BackgroundUpdater:
             )
             self._tables_ready = True
         return await self._run_db_interaction(desc, func, *args)
+
+
+# The error stored in the queue row is cut to this many characters.
+_MAX_ERROR_CHARS = 2000
+
+
+def _storable_error(error: Exception) -> str:
+    """Return the error as text that both databases store.
+
+    PostgreSQL rejects NUL characters in text, and neither database takes a
+    lone surrogate, so both are escaped.
+    """
+    text = f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def _count_states(queue: Sequence[QueuedUpdate]) -> None:

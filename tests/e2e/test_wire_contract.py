@@ -28,6 +28,11 @@ from typing import Any
 import pytest
 import synapse
 from conftest import StartHomeserver, with_module
+from signedjson.key import (
+    encode_verify_key_base64,
+    generate_signing_key,
+    get_verify_key,
+)
 
 from synapse_bgupdates.testing.client import HttpResponse
 from synapse_bgupdates.testing.homeserver import (
@@ -1164,7 +1169,9 @@ class TestVanillaComparison:
     def test_vanilla_resign_rows(
         self, paused_module: Server, paused_vanilla: Server
     ) -> None:
-        body = {"job_name": "event_resign", "old_key": "ed25519:old", "before_ts": 5}
+        verify_key = get_verify_key(generate_signing_key("old"))
+        old_key = f"ed25519:old {encode_verify_key_base64(verify_key)}"
+        body = {"job_name": "event_resign", "old_key": old_key, "before_ts": 5}
         rows = []
         for server in (paused_module, paused_vanilla):
             response = server.send("POST", START_JOB, body)
@@ -1178,6 +1185,20 @@ class TestVanillaComparison:
 
         assert with_module_rows == vanilla_rows
         assert json.loads(with_module_rows[0][1]) == {
-            "old_key": "ed25519:old",
+            "old_key": old_key,
             "before_ts": 5,
         }
+
+    def test_vanilla_resign_malformed_key(
+        self, paused_module: Server, paused_vanilla: Server
+    ) -> None:
+        # Synapse 1.163.2 queues a key it cannot parse, and its updater then
+        # fails on every batch. The module rejects the key.
+        body = {"job_name": "event_resign", "old_key": "ed25519:old"}
+
+        module_response = paused_module.send("POST", START_JOB, body)
+        vanilla_response = paused_vanilla.send("POST", START_JOB, body)
+
+        assert module_response.status == 400
+        assert module_response.json["errcode"] == "M_INVALID_PARAM"
+        assert vanilla_response.status == 200

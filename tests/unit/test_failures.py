@@ -160,3 +160,34 @@ class TestFailureCap:
 
         assert harness.has_completed("broken")
         assert len(handler.call_times) == 6
+
+
+class TestErrorText:
+    def _record_error(self, message: str) -> str | None:
+        harness = Harness()
+
+        async def handler(progress: dict[str, Any], batch_size: int) -> int:
+            raise ValueError(message)
+
+        harness.updater.register_update_handler("odd_error", handler)
+        harness.queue("odd_error")
+        harness.advance(0.5)
+        return harness.row("odd_error").last_error
+
+    def test_nul_is_escaped(self) -> None:
+        last_error = self._record_error("row has a \x00 byte")
+
+        assert last_error == "ValueError: row has a \\x00 byte"
+
+    def test_lone_surrogate_is_escaped(self) -> None:
+        last_error = self._record_error(
+            "caf" + b"\xe9".decode("utf-8", "surrogateescape")
+        )
+
+        assert last_error == "ValueError: caf\\udce9"
+
+    def test_long_error_is_cut(self) -> None:
+        last_error = self._record_error("x" * 10_000)
+
+        assert last_error is not None
+        assert len(last_error) == 2000

@@ -1,8 +1,14 @@
 """The homeserver jobs that start_job queues, and their parameter checks."""
 
+import json
 from typing import Any
 
 import pytest
+from signedjson.key import (
+    encode_verify_key_base64,
+    generate_signing_key,
+    get_verify_key,
+)
 from synapse.module_api.errors import Codes, SynapseError
 
 from synapse_bgupdates.jobs import (
@@ -37,9 +43,13 @@ class TestBuildJobRows:
         assert len(rows) == 4
 
     def test_resign_keeps_parameters(self) -> None:
-        rows = build_job_rows(EVENT_RESIGN, {"old_key": "ed25519:a", "before_ts": 5})
+        old_key = verify_key_text()
+        rows = build_job_rows(EVENT_RESIGN, {"old_key": old_key, "before_ts": 5})
 
-        assert rows[0].progress_json == '{"old_key": "ed25519:a", "before_ts": 5}'
+        assert json.loads(rows[0].progress_json) == {
+            "old_key": old_key,
+            "before_ts": 5,
+        }
 
     @pytest.mark.parametrize("before_ts", [-1, 2**63, 10**30, True, "5", 1.5])
     def test_resign_rejects_before_ts(self, before_ts: Any) -> None:
@@ -54,11 +64,24 @@ class TestBuildJobRows:
 
         assert str(2**63 - 1) in rows[0].progress_json
 
-    def test_resign_rejects_old_key(self) -> None:
-        error = resign_error({"old_key": 5})
+    @pytest.mark.parametrize(
+        "old_key",
+        [
+            5,
+            ["ed25519:a"],
+            "ed25519:a",
+            "ed25519:a not-base64!",
+            "rsa:a AAAA",
+            "ed25519:a AAAA",
+            "ed25519:☃\u0000",
+        ],
+    )
+    def test_resign_rejects_old_key(self, old_key: Any) -> None:
+        error = resign_error({"old_key": old_key})
 
         assert error.errcode == Codes.INVALID_PARAM
         assert "old_key" in error.msg
+        assert "algorithm:version base64key" in error.msg
 
     def test_unknown_job_raises(self) -> None:
         with pytest.raises(ValueError, match="not a homeserver job"):
@@ -77,3 +100,15 @@ class TestQuoteValue:
 
     def test_unicode_is_kept(self) -> None:
         assert quote_value("é") == '"é"'
+
+    def test_lone_surrogate_is_escaped(self) -> None:
+        quoted = quote_value("a\ud800")
+
+        assert quoted == '"a\\ud800"'
+        assert quoted.encode("utf-8")
+
+
+def verify_key_text() -> str:
+    """Return a real verify key as 'algorithm:version base64key'."""
+    verify_key = get_verify_key(generate_signing_key("a_xyz"))
+    return f"ed25519:a_xyz {encode_verify_key_base64(verify_key)}"
