@@ -731,6 +731,25 @@ class TestStartJob:
         assert response.json["errcode"] == "M_INVALID_PARAM"
         assert "job_name" in response.json["error"]
 
+    @pytest.mark.parametrize(
+        ("path", "raw_body", "field"),
+        [
+            (START_JOB, b'{"job_name": "x\\ud800"}', "job_name"),
+            (ENABLED, b'{"enabled": "\\udfff"}', "enabled"),
+        ],
+        ids=["job_name", "enabled"],
+    )
+    def test_lone_surrogate_answered(
+        self, module_server: Server, path: str, raw_body: bytes, field: str
+    ) -> None:
+        response = module_server.process.request(
+            "POST", path, token=module_server.admin_token, raw_body=raw_body
+        )
+
+        assert response.status == 400
+        assert response.json["errcode"] == "M_INVALID_PARAM"
+        assert field in response.json["error"]
+
     def test_start_job_missing_name(self, module_server: Server) -> None:
         response = module_server.send("POST", START_JOB, {"before_ts": 1})
 
