@@ -80,9 +80,9 @@ class BatchGate:
 
 
 # The waiters await these deferreds through make_deferred_yieldable, which
-# restores each waiter's own logging context. Synapse's rule is that such a
-# deferred fires from the sentinel context; firing it from the request or
-# batch that resumes or releases would leak that context into the waiter.
+# restores each waiter's own logging context. Such a deferred must fire from
+# Synapse's sentinel context, because firing it from the request or batch
+# that resumes or releases would leak that context into the waiter.
 
 
 def _fire(waiter: "defer.Deferred[None]") -> None:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 
 
 class Scheduler(Protocol):
-    """What the updater needs of the reactor."""
+    """The time and background-work services that the updater uses."""
 
     def seconds(self) -> float:
         """Return the current time in seconds."""

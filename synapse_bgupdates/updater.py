@@ -231,8 +231,8 @@ class BackgroundUpdater:
     async def run_until_idle(self) -> None:
         """Run batches until no queued update can run.
 
-        Returns at once if a run is already in progress. Errors are logged,
-        never raised, so the looping call keeps going.
+        Returns at once if a run is already in progress. An ``Exception`` is
+        logged, not raised, so the looping call keeps going.
         """
         if self._running:
             return
