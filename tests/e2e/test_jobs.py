@@ -117,6 +117,15 @@ class AdminApi:
                 )
             time.sleep(_POLL_INTERVAL_S)
 
+    def run_module_update(self, update_name: str, description: str) -> None:
+        """Start a module update through start_job and wait until it finishes."""
+        response = self.start_job(update_name)
+        assert response.status == 200
+        assert response.json == {}
+        self.wait_until(
+            lambda: self.module_update_done(update_name), JOB_TIMEOUT_S, description
+        )
+
     # Conditions for wait_until.
 
     def homeserver_updates_done(self, update_names: Iterable[str]) -> bool:
@@ -390,14 +399,7 @@ def test_example_update_counts_events(start_homeserver: StartHomeserver) -> None
     homeserver = api.homeserver
     room_ids = create_rooms_with_messages(homeserver, api.token, [0, 1, 2, 3, 5])
 
-    response = api.start_job(EXAMPLE_UPDATE)
-    assert response.status == 200
-    assert response.json == {}
-    api.wait_until(
-        lambda: api.module_update_done(EXAMPLE_UPDATE),
-        JOB_TIMEOUT_S,
-        "the example update has finished",
-    )
+    api.run_module_update(EXAMPLE_UPDATE, "the example update has finished")
 
     counts = example_event_counts(homeserver)
     assert counts == expected_event_counts(homeserver)
@@ -416,12 +418,7 @@ def test_completed_totals_count_last_batch(
     create_rooms_with_messages(homeserver, api.token, [0, 0, 0])
     room_count = len(homeserver.db_query("SELECT room_id FROM rooms"))
 
-    assert api.start_job(EXAMPLE_UPDATE).status == 200
-    api.wait_until(
-        lambda: api.module_update_done(EXAMPLE_UPDATE),
-        JOB_TIMEOUT_S,
-        "the example update has finished",
-    )
+    api.run_module_update(EXAMPLE_UPDATE, "the example update has finished")
 
     rows = homeserver.db_query(
         "SELECT total_item_count, total_duration_ms FROM bgupdates_completed"
@@ -510,23 +507,15 @@ def test_example_update_runs_again(start_homeserver: StartHomeserver) -> None:
     api = start_admin(start_homeserver)
     homeserver = api.homeserver
     room_ids = create_rooms_with_messages(homeserver, api.token, [1, 2])
-    assert api.start_job(EXAMPLE_UPDATE).status == 200
-    api.wait_until(
-        lambda: api.module_update_done(EXAMPLE_UPDATE),
-        JOB_TIMEOUT_S,
-        "the first run of the example update has finished",
+    api.run_module_update(
+        EXAMPLE_UPDATE, "the first run of the example update has finished"
     )
     first_counts = example_event_counts(homeserver)
     for number in range(3):
         homeserver.send_message(api.token, room_ids[0], f"later {number}")
 
-    response = api.start_job(EXAMPLE_UPDATE)
-    assert response.status == 200
-    assert response.json == {}
-    api.wait_until(
-        lambda: api.module_update_done(EXAMPLE_UPDATE),
-        JOB_TIMEOUT_S,
-        "the second run of the example update has finished",
+    api.run_module_update(
+        EXAMPLE_UPDATE, "the second run of the example update has finished"
     )
 
     counts = example_event_counts(homeserver)
