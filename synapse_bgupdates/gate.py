@@ -53,8 +53,9 @@ class BatchGate:
 
         Args:
             database_name: the database that the batch works on.
-            holder: who holds the slot: the update's name for the homeserver's
-                batches, ``synapse_bgupdates`` for the module's updater.
+            holder: the owner of the slot. It is the update's name for the
+                homeserver's batches and ``synapse_bgupdates`` for the module's
+                updater.
         """
         lock = self._locks.setdefault(database_name, defer.DeferredLock())
         while True:

@@ -32,7 +32,7 @@ R = TypeVar("R")
 UpdateHandler = Callable[[dict[str, Any], int], Awaitable[int]]
 """``async handler(progress, batch_size) -> items processed``."""
 
-# The name under which the module's updater holds a database's batch slot.
+# The owner name that the module's updater gives when it takes a batch slot.
 GATE_HOLDER = "synapse_bgupdates"
 
 # A batch log line is written at most this often per update, at info level.

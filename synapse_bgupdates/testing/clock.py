@@ -1,7 +1,7 @@
 """In-process doubles for unit tests of update handlers.
 
 ``ClockScheduler`` runs the updater on a ``twisted.internet.task.Clock`` that
-the test advances, and ``SqliteDatabase`` stands in for
+the test advances, and ``SqliteDatabase`` replaces
 ``ModuleApi.run_db_interaction`` with a real SQLite database, so a handler's
 SQL runs for real::
 

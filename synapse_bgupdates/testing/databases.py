@@ -307,7 +307,7 @@ class PostgresDatabase(Database):
 
         Args:
             server: The server to create the database on.
-            template: A database to copy, which nobody may be connected to. The
+            template: A database to copy. No connection to it may be open. The
                 new database is empty when None.
 
         Returns:
